@@ -1,0 +1,1 @@
+"""A Label Studio ML backend serving and retraining a BentoML Keras classifier."""

@@ -1,0 +1,5 @@
+"""Entry point of ``python -m backend``."""
+
+from backend.cli import main
+
+raise SystemExit(main())
