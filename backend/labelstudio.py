@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import threading
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import requests
@@ -126,22 +128,43 @@ class LabelStudioConnection:
 
 
 class ConnectionRegistry:
-    """The Label Studio connection of this process.
+    """The Label Studio connection of this backend.
 
     The settings win; when they name no Label Studio or no token, the
     ``hostname`` and ``access_token`` that Label Studio sent to ``/setup`` are
-    used instead.
+    used instead. Those are kept in a file readable only by this user, so that
+    every server process and training job uses them, whichever process
+    Label Studio's ``/setup`` reached.
+
+    :param url: ``LABEL_STUDIO_URL``.
+    :param token: ``LABEL_STUDIO_API_KEY``.
+    :param timeout: seconds to wait for Label Studio when refreshing a token.
+    :param state_file: where ``/setup``'s values are shared between processes.
     """
 
-    def __init__(self, url: str = "", token: str = "", timeout: float = 10.0):
+    def __init__(
+        self,
+        url: str = "",
+        token: str = "",
+        timeout: float = 10.0,
+        state_file: Path | None = None,
+    ) -> None:
         self._configured_url = url
         self._configured_token = token
         self._timeout = timeout
+        self._state_file = state_file
+        self._state_mtime = 0.0
         self._current = LabelStudioConnection(url, token, timeout=timeout)
         self._lock = threading.Lock()
 
+    @property
+    def _complete(self) -> bool:
+        return bool(self._configured_url and self._configured_token)
+
     def get(self) -> LabelStudioConnection:
         """The connection to use now."""
+        if not self._complete and self._state_file is not None:
+            self._read_shared()
         return self._current
 
     def learn(self, hostname: str, access_token: str) -> LabelStudioConnection:
@@ -152,4 +175,34 @@ class ConnectionRegistry:
             if (url, token) != (self._current.url, self._current.token):
                 self._current = LabelStudioConnection(url, token, timeout=self._timeout)
                 logger.info("Label Studio is at %s", url or "(unknown)")
+                if not self._complete:
+                    self._write_shared(url, token)
         return self._current
+
+    def _write_shared(self, url: str, token: str) -> None:
+        if self._state_file is None:
+            return
+        self._state_file.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self._state_file.with_suffix(".tmp")
+        handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(handle, "w") as out:
+            json.dump({"url": url, "token": token}, out)
+        os.replace(temporary, self._state_file)
+
+    def _read_shared(self) -> None:
+        try:
+            mtime = self._state_file.stat().st_mtime
+        except OSError:
+            return
+        if mtime == self._state_mtime:
+            return
+        with self._lock:
+            try:
+                shared = json.loads(self._state_file.read_text())
+            except (OSError, ValueError):
+                return
+            self._state_mtime = mtime
+            url = self._configured_url or shared.get("url", "")
+            token = self._configured_token or shared.get("token", "")
+            if (url, token) != (self._current.url, self._current.token):
+                self._current = LabelStudioConnection(url, token, timeout=self._timeout)

@@ -28,6 +28,7 @@ class Service:
             settings.label_studio_url,
             settings.label_studio_api_key,
             timeout=settings.image_timeout,
+            state_file=settings.model_dir / "label-studio-connection.json",
         )
         self.loader = ImageLoader(
             self.connections.get,
