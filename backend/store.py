@@ -147,6 +147,15 @@ def _write_latest(name: str, version: str) -> None:
     os.replace(temporary, folder / "latest")
 
 
+def _storable(value: Any) -> Any:
+    """``value`` without the ``None`` entries BentoML refuses in metadata."""
+    if isinstance(value, dict):
+        return {str(k): _storable(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_storable(v) for v in value if v is not None]
+    return value
+
+
 def save_version(
     name: str,
     network: Any,
@@ -188,7 +197,7 @@ def save_version(
             labels={STAGE_LABEL: stage},
             custom_objects=custom_objects,
             external_modules=external_modules,
-            metadata=metadata,
+            metadata=_storable(metadata),
         )
     finally:
         BentoMLContainer.model_store.reset()
