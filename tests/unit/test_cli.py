@@ -57,3 +57,16 @@ def test_a_bad_setting_is_reported_with_its_name():
     result = run_cli("models", env={"PORT": "x"})
     assert result.returncode == 2
     assert "PORT='x'" in result.stderr
+
+
+def test_import_brings_back_an_exported_model(bentoml_home, tmp_path):
+    import bentoml
+
+    version = save("cli_import", store.PROMOTED)
+    exported = tmp_path / "model.bentomodel"
+    bentoml.models.export_model(version.tag, str(exported))
+    bentoml.models.delete(version.tag)
+    result = run_cli("import", str(exported))
+    assert result.returncode == 0, result.stderr
+    assert f"imported {version.tag}" in result.stdout
+    assert [v.tag for v in store.list_versions("cli_import")] == [version.tag]
