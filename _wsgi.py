@@ -21,7 +21,8 @@ def _build_app():
         return settings, create_app(settings, BentoImageClassifier)
     except (SettingsError, ModelNotFound) as exc:
         sys.stderr.write(f"The backend cannot start: {exc}\n")
-        raise SystemExit(2) from None
+        # 3 is what tells gunicorn to stop instead of restarting the worker.
+        raise SystemExit(3) from None
 
 
 if __name__ == "__main__":

@@ -168,6 +168,7 @@ class ServedModel:
         self._marker: tuple[float, ...] | None = None
         self._checked = 0.0
         self._lock = threading.Lock()
+        self._watcher: threading.Thread | None = None
 
     def load(self) -> LoadedModel:
         """Load the version the tag stands for now (at start-up)."""
@@ -183,25 +184,63 @@ class ServedModel:
         return self._current.tag if self._current else None
 
     def get(self) -> LoadedModel:
-        """The model to use for this request, reloading when the store changed."""
+        """The model to use for this request.
+
+        With a watcher running (see :meth:`watch`) this never waits for the
+        store; without one it looks for a new version at most every
+        ``refresh_seconds``, loading it in the calling thread.
+        """
         current = self._current or self.load()
-        if self._pinned or time.monotonic() - self._checked < self._refresh_seconds:
-            return current
+        due = time.monotonic() - self._checked >= self._refresh_seconds
+        if self._watcher is None and not self._pinned and due:
+            self.refresh()
+        return self._current or current
+
+    def refresh(self) -> bool:
+        """Serve the version the tag stands for now, if the store changed.
+
+        Returns whether the served version changed. A version that fails to
+        load is logged and the current one keeps serving.
+        """
         with self._lock:
             self._checked = time.monotonic()
             marker = store.change_marker(self._name)
             if marker == self._marker:
-                return self._current
+                return False
             self._marker = marker
-            try:
-                version = store.resolve(self._model_tag)
-                if version.tag != self._current.tag:
-                    previous = self._current.tag
-                    self._current = LoadedModel.load(version)
-                    logger.info("Now serving %s (was %s)", version.tag, previous)
-            except Exception:
-                logger.exception(
-                    "Could not load the newest model version; still serving %s",
-                    self._current.tag,
-                )
-            return self._current
+            previous = self.current_tag()
+        try:
+            version = store.resolve(self._model_tag)
+            if version.tag == previous:
+                return False
+            loaded = LoadedModel.load(version)
+        except Exception:
+            logger.exception(
+                "Could not load the newest model version; still serving %s",
+                previous,
+            )
+            return False
+        self._current = loaded
+        logger.info("Now serving %s (was %s)", loaded.tag, previous)
+        return True
+
+    def watch(self) -> None:
+        """Look for promoted versions in a background thread of this process.
+
+        Requests then never wait for a model to load: the new version replaces
+        the old one once it is in memory. Call it after the process forked
+        (gunicorn workers each call it when they build the app).
+        """
+        if self._pinned or self._watcher is not None:
+            return
+
+        def loop() -> None:
+            while True:
+                time.sleep(max(self._refresh_seconds, 0.2))
+                try:
+                    self.refresh()
+                except Exception:
+                    logger.exception("Looking for a new model version failed")
+
+        self._watcher = threading.Thread(target=loop, name="model-watcher", daemon=True)
+        self._watcher.start()

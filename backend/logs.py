@@ -5,7 +5,16 @@ from __future__ import annotations
 import logging
 import sys
 
-_QUIET = ("bentoml", "tensorflow", "absl", "h5py", "urllib3", "PIL", "rq.worker")
+_QUIET = (
+    "bentoml",
+    "tensorflow",
+    "absl",
+    "h5py",
+    "urllib3",
+    "PIL",
+    "httpx",
+    "rq.worker",
+)
 
 
 def configure_logging(level: str = "INFO") -> None:

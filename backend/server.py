@@ -230,6 +230,7 @@ def create_app(settings: Settings, model_class=None, *, load_model: bool = True)
     store.sweep_staging()
     if load_model:
         model = service.served.load()
+        service.served.watch()
         logger.info(
             "Serving %s (%d classes) from BentoML store %s",
             model.tag,
