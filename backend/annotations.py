@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections.abc import Iterable
 
 from backend.label_config import ClassificationTarget
 
 logger = logging.getLogger(__name__)
+
+_ANNOTATED_FILTER = {
+    "filters": {
+        "conjunction": "and",
+        "items": [
+            {
+                "filter": "filter:tasks:total_annotations",
+                "operator": "greater",
+                "type": "Number",
+                "value": 0,
+            }
+        ],
+    }
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,8 +155,28 @@ class LabelStudioProject:
         return self._client.projects.get(id=self.project_id).label_config
 
     def annotated_tasks(self) -> list[dict]:
-        """Every task of the project that has at least one annotation."""
+        """Every task of the project that has at least one annotation.
+
+        Label Studio 1.23 ignores the tasks API's ``only_annotated``, so the
+        Data Manager filter on the annotation count does the selecting; should
+        a Label Studio refuse that filter, every task is fetched instead (the
+        caller keeps only labeled ones either way).
+        """
+        from label_studio_sdk.core.api_error import ApiError
+
+        try:
+            return self._tasks(query=json.dumps(_ANNOTATED_FILTER))
+        except ApiError as exc:
+            logger.warning(
+                "Label Studio refused the annotated-tasks filter (HTTP %s);"
+                " fetching every task of project %d",
+                exc.status_code,
+                self.project_id,
+            )
+            return self._tasks()
+
+    def _tasks(self, **filters) -> list[dict]:
         pager = self._client.tasks.list(
-            project=self.project_id, fields="all", only_annotated=True, page_size=100
+            project=self.project_id, fields="all", page_size=100, **filters
         )
         return [_as_dict(task) for task in pager]

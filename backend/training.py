@@ -308,9 +308,13 @@ def train_project(service, data: dict, project: str = "") -> dict:
     started = time.monotonic()
     client = LabelStudioProject(connection.url, connection.token, project_id)
     target = service.target(client.label_config())
-    tasks = labeled_tasks(client.annotated_tasks(), target)
+    fetched = client.annotated_tasks()
+    tasks = labeled_tasks(fetched, target)
     logger.info(
-        "Training started for project %d: %d labeled tasks", project_id, len(tasks)
+        "Training started for project %d: %d labeled tasks (%d fetched)",
+        project_id,
+        len(tasks),
+        len(fetched),
     )
     loaded = service.loader.load_many([(task.image, task.task_id) for task in tasks])
     images, labels = [], []

@@ -284,6 +284,29 @@ def _connect(client, project_id: int, backend) -> tuple[int, str]:
     return ml["id"], ml["model_version"]
 
 
+def _labeled_project(client, make_project, backend, *, labels: int, unseen: int):
+    """A project of the nine known classes, ``labels`` annotated tasks per class
+    and ``unseen`` unlabeled ones, connected to ``backend`` and scored once.
+
+    :returns: project id, labeled and evaluation task ids, true classes, ML
+        backend id, the weak model's tag and its scores on the evaluation tasks.
+    """
+    project_id = make_project(label_config=choices_label_config(KNOWN_CLASSES))["id"]
+    labeled = client.import_files(
+        project_id,
+        [p for label in KNOWN_CLASSES for p in images_of(label, 50, 50 + labels)],
+    )
+    evaluation = client.import_files(
+        project_id,
+        [p for label in KNOWN_CLASSES for p in images_of(label, 100, 100 + unseen)],
+    )
+    truth = _true_classes(client, project_id)
+    _annotate(client, labeled, truth)
+    ml_backend_id, weak_tag = _connect(client, project_id, backend)
+    before = _scores(_predict(client, project_id, evaluation, weak_tag), truth)
+    return project_id, labeled, evaluation, truth, ml_backend_id, weak_tag, before
+
+
 def test_start_training_promotes_a_better_version_and_learns_a_new_class(
     label_studio, backend_server, make_project, store_home, tmp_path
 ):
@@ -291,17 +314,8 @@ def test_start_training_promotes_a_better_version_and_learns_a_new_class(
     backend = backend_server(
         "gunicorn", env=_backend_env(label_studio, store_home, tmp_path)
     )
-    project_id = make_project(label_config=choices_label_config(KNOWN_CLASSES))["id"]
-    labeled = client.import_files(
-        project_id, [p for label in KNOWN_CLASSES for p in images_of(label, 50, 70)]
-    )
-    evaluation = client.import_files(
-        project_id, [p for label in KNOWN_CLASSES for p in images_of(label, 100, 130)]
-    )
-    truth = _true_classes(client, project_id)
-    _annotate(client, labeled, truth)
-    ml_backend_id, weak_tag = _connect(client, project_id, backend)
-    before = _scores(_predict(client, project_id, evaluation, weak_tag), truth)
+    project = _labeled_project(client, make_project, backend, labels=20, unseen=30)
+    project_id, labeled, evaluation, truth, ml_backend_id, weak_tag, before = project
 
     first = _train_until_new_version(client, ml_backend_id, backend, weak_tag)
     after = _scores(_predict(client, project_id, evaluation, first.new_tag), truth)
@@ -350,17 +364,8 @@ def test_in_queue_mode_an_rq_worker_trains_and_every_web_process_serves_it(
     )
     backend = backend_server("gunicorn", env=env)
     worker = training_worker(backend.environment())
-    project_id = make_project(label_config=choices_label_config(KNOWN_CLASSES))["id"]
-    labeled = client.import_files(
-        project_id, [p for label in KNOWN_CLASSES for p in images_of(label, 50, 60)]
-    )
-    evaluation = client.import_files(
-        project_id, [p for label in KNOWN_CLASSES for p in images_of(label, 100, 110)]
-    )
-    truth = _true_classes(client, project_id)
-    _annotate(client, labeled, truth)
-    ml_backend_id, weak_tag = _connect(client, project_id, backend)
-    before = _scores(_predict(client, project_id, evaluation, weak_tag), truth)
+    project = _labeled_project(client, make_project, backend, labels=10, unseen=10)
+    project_id, labeled, evaluation, truth, ml_backend_id, weak_tag, before = project
 
     run = _train_until_new_version(
         client, ml_backend_id, backend, weak_tag, log_path=worker.log_path
