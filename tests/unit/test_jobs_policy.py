@@ -94,3 +94,35 @@ def test_change_counter_is_safe_under_concurrent_webhooks(tmp_path):
     for thread in threads:
         thread.join()
     assert state.count_change(9) == 101
+
+
+@pytest.fixture
+def restore_service():
+    from backend import service as service_module
+
+    previous = service_module._current
+    yield
+    service_module._current = previous
+
+
+def test_a_run_that_cannot_reach_label_studio_ends_with_a_reason_and_frees_the_project(
+    tmp_path, restore_service
+):
+    from backend.jobs import execute
+
+    settings = load_settings(
+        {
+            "MODEL_DIR": str(tmp_path),
+            "MODEL_TAG": "never_saved_model:latest",
+            "LABEL_STUDIO_URL": "http://127.0.0.1:9",
+            "LABEL_STUDIO_API_KEY": "a" * 40,
+        }
+    )
+    state = FileState(tmp_path / "training")
+    state.set_pending(3)
+    payload = {"event": "START_TRAINING", "data": {"project": {"id": 3}}, "job_id": "j"}
+    results = execute(settings, payload)
+    assert [result["status"] for result in results] == ["failed"]
+    assert results[0]["reason"]
+    assert state.last_result(3)["status"] == "failed"
+    assert not state.is_running(3) and not state.has_pending(3)
