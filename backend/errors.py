@@ -30,9 +30,3 @@ class ClientError(Exception):
         if self.field:
             body["field"] = self.field
         return body
-
-
-class ServiceUnavailable(ClientError):
-    """The backend cannot answer yet (no model served); try again later."""
-
-    status = 503

@@ -53,13 +53,6 @@ class ClassificationTarget:
                 mapping[name] = by_folded[name.casefold()]
         return mapping
 
-    def class_of_label(self, label: str, classes: list[str]) -> str | None:
-        """The model class a config label stands for, or None if the model lacks it."""
-        for name, mapped in self.map_classes(classes).items():
-            if mapped == label:
-                return name
-        return None
-
 
 def parse_label_config(xml: str) -> ClassificationTarget:
     """Find the first ``Choices`` bound to an ``Image`` in a labeling config.

@@ -12,7 +12,7 @@ from werkzeug.exceptions import HTTPException
 
 from backend import service as service_module
 from backend import store
-from backend.errors import ClientError, ServiceUnavailable
+from backend.errors import ClientError
 from backend.label_config import LabelConfigError
 from backend.logs import configure_logging
 from backend.service import Service
@@ -241,6 +241,3 @@ def create_app(settings: Settings, model_class=None, *, load_model: bool = True)
     app = sdk_api.init_app(model_class=model_class, model_dir=str(settings.model_dir))
     _install_hooks(app)
     return app
-
-
-__all__ = ["BackendManager", "ServiceUnavailable", "create_app"]
