@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 export BENTOML_DO_NOT_TRACK := True
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: run serve setup model test test-unit lint ls-venv redis-server clean
+.PHONY: run serve setup model test test-unit bench lint ls-venv redis-server clean
 
 run: model serve
 
@@ -52,6 +52,9 @@ test: setup ls-venv redis-server
 
 test-unit: setup
 	$(BIN)/python -m pytest -ra -m "not e2e and not queue"
+
+bench: setup
+	$(BIN)/python bench/predict.py
 
 lint: setup
 	$(BIN)/ruff format .
