@@ -172,12 +172,17 @@ class ConnectionRegistry:
         url = self._configured_url or (hostname or "").rstrip("/")
         token = self._configured_token or access_token or ""
         with self._lock:
-            if (url, token) != (self._current.url, self._current.token):
-                self._current = LabelStudioConnection(url, token, timeout=self._timeout)
-                logger.info("Label Studio is at %s", url or "(unknown)")
-                if not self._complete:
-                    self._write_shared(url, token)
+            if self._use(url, token) and not self._complete:
+                self._write_shared(url, token)
         return self._current
+
+    def _use(self, url: str, token: str) -> bool:
+        """Switch to ``url`` and ``token``; returns whether they changed."""
+        if (url, token) == (self._current.url, self._current.token):
+            return False
+        self._current = LabelStudioConnection(url, token, timeout=self._timeout)
+        logger.info("Label Studio is at %s", url or "(unknown)")
+        return True
 
     def _write_shared(self, url: str, token: str) -> None:
         if self._state_file is None:
@@ -204,5 +209,4 @@ class ConnectionRegistry:
             self._state_mtime = mtime
             url = self._configured_url or shared.get("url", "")
             token = self._configured_token or shared.get("token", "")
-            if (url, token) != (self._current.url, self._current.token):
-                self._current = LabelStudioConnection(url, token, timeout=self._timeout)
+            self._use(url, token)

@@ -12,6 +12,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from backend.custom_objects import make_preprocess
+
 logger = logging.getLogger(__name__)
 
 INPUT_SIZE = 48
@@ -43,6 +45,9 @@ MIN_TRAINING_STEPS = 600
 MIN_EPOCHS = 15
 """Default training length in passes over the data, when that is longer."""
 
+# The same transform is saved with every model as its ``preprocess``.
+_PREPROCESS = make_preprocess(INPUT_SIZE, INPUT_CHANNELS)
+
 
 def image_to_array(image: Image.Image) -> np.ndarray:
     """Turn a PIL image into one input of the classifier.
@@ -59,9 +64,7 @@ def image_to_array(image: Image.Image) -> np.ndarray:
         A float32 array of shape ``(INPUT_SIZE, INPUT_SIZE, 3)`` with values in
         [0, 1]. Stack several with ``np.stack`` to make a batch.
     """
-    rgb = image.convert("RGB")
-    resized = rgb.resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling.BILINEAR)
-    return np.asarray(resized, dtype=np.float32) / np.float32(255.0)
+    return _PREPROCESS(image)[0]
 
 
 def build_classifier(num_classes: int) -> keras.Model:
@@ -300,11 +303,31 @@ def scores_from_logits(logits: np.ndarray, y: np.ndarray, num_classes: int) -> d
         )
     if len(logits) == 0:
         raise ValueError("No logits to score; pass at least one row.")
-    y = _check_labels(y, len(logits), num_classes)
-    predicted = np.argmax(logits, axis=1)
+    return scores_from_predictions(np.argmax(logits, axis=1), y, num_classes)
+
+
+def scores_from_predictions(
+    predicted: np.ndarray, y: np.ndarray, num_classes: int
+) -> dict:
+    """Compute the scores of :func:`evaluate` from predicted class indices.
+
+    Args:
+        predicted: the predicted class index of each image; -1 stands for a
+            class outside ``[0, num_classes)`` and always counts as wrong.
+        y: true class index of each image.
+        num_classes: number of classes.
+
+    Returns:
+        The same dictionary as :func:`evaluate`.
+    """
+    predicted = np.asarray(predicted, dtype=np.int64)
+    if len(predicted) == 0:
+        raise ValueError("No predictions to score; pass at least one.")
+    y = _check_labels(y, len(predicted), num_classes)
+    inside = predicted >= 0
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(confusion, (y, predicted), 1)
-    per_class = confusion.sum(axis=1)
+    np.add.at(confusion, (y[inside], predicted[inside]), 1)
+    per_class = np.bincount(y, minlength=num_classes)
     recall = [
         float(confusion[i, i] / per_class[i]) if per_class[i] else None
         for i in range(num_classes)

@@ -41,23 +41,19 @@ def _metrics(true: Sequence[int], predicted: Sequence[int], classes: Sequence[st
 
     A predicted index of -1 (a class outside ``classes``) counts as wrong.
     """
-    count = len(classes)
-    matrix = np.zeros((count, count), dtype=int)
-    correct = 0
-    for truth, guess in zip(true, predicted):
-        if guess >= 0:
-            matrix[truth, guess] += 1
-        correct += int(truth == guess)
-    totals = Counter(true)
-    recall = {
-        name: round(float(matrix[i, i] / totals[i]), 4) if totals[i] else None
-        for i, name in enumerate(classes)
-    }
+    from backend.network import scores_from_predictions
+
+    scores = scores_from_predictions(
+        np.asarray(predicted), np.asarray(true), len(classes)
+    )
     return {
-        "accuracy": round(correct / max(1, len(true)), 4),
-        "per_class_recall": recall,
-        "confusion_matrix": matrix.tolist(),
-        "count": len(true),
+        "accuracy": round(scores["accuracy"], 4),
+        "per_class_recall": {
+            name: None if recall is None else round(recall, 4)
+            for name, recall in zip(classes, scores["recall"])
+        },
+        "confusion_matrix": scores["confusion_matrix"],
+        "count": scores["count"],
     }
 
 
@@ -363,10 +359,7 @@ def train_project(service, data: dict, project: str = "") -> dict:
         parent = LoadedModel.load(store.resolve(settings.model_tag))
     except store.ModelNotFound:
         parent = None
-    mapping = {}
-    if parent is not None:
-        for model_class, label in target.map_classes(parent.classes).items():
-            mapping[model_class] = label
+    mapping = target.map_classes(parent.classes) if parent is not None else {}
     version, summary = train_and_save(
         settings.model_name,
         images,
