@@ -234,7 +234,32 @@ def _answers(url: str, *, status: int = 200, timeout: float = 2.0, **kwargs) -> 
         return False
 
 
-class LabelStudioProcess:
+class ServerHandle:
+    """What every server the tests start shares: stop it, or use it in ``with``.
+
+    Subclasses define ``start()`` (returning ``self``) and keep their running
+    :class:`ManagedProcess` in ``_process``.
+    """
+
+    _process: ManagedProcess | None = None
+
+    def start(self):
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop the server and everything it started (SIGTERM, then SIGKILL)."""
+        if self._process is not None:
+            self._process.stop()
+            self._process = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class LabelStudioProcess(ServerHandle):
     """A fresh Label Studio with its own data folder, admin user and port.
 
     Example::
@@ -378,18 +403,6 @@ class LabelStudioProcess:
                 f"({response.status_code}); another server holds the port"
             )
         return response.json().get("email") == self.username
-
-    def stop(self) -> None:
-        """Stop Label Studio (SIGTERM to its process group, then SIGKILL)."""
-        if self._process is not None:
-            self._process.stop()
-            self._process = None
-
-    def __enter__(self) -> LabelStudioProcess:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     def client(self) -> LabelStudioClient:
         """Return a client authenticated with the admin's legacy token."""
@@ -716,7 +729,7 @@ def _checked(response: requests.Response) -> requests.Response:
     return response
 
 
-class BackendProcess:
+class BackendProcess(ServerHandle):
     """This project's ML backend (or any ``_wsgi.py`` app) on a free port.
 
     Two ways to run it, as a user would:
@@ -839,15 +852,3 @@ class BackendProcess:
     def log(self) -> str:
         """Return everything the backend has logged so far."""
         return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def stop(self) -> None:
-        """Stop the backend and every process it started."""
-        if self._process is not None:
-            self._process.stop()
-            self._process = None
-
-    def __enter__(self) -> BackendProcess:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()

@@ -7,7 +7,7 @@ import shutil
 import socket
 from pathlib import Path
 
-from .labelstudio import ManagedProcess, free_port
+from .labelstudio import ManagedProcess, ServerHandle, free_port
 
 
 def redis_server_binary() -> Path:
@@ -39,7 +39,7 @@ def _pong(port: int) -> bool:
         return False
 
 
-class RedisServer:
+class RedisServer(ServerHandle):
     """A ``redis-server`` of its own: loopback only, no persistence, one port.
 
     Example::
@@ -121,15 +121,3 @@ class RedisServer:
             self.stop()
             raise
         return self
-
-    def stop(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL if it lingers)."""
-        if self._process is not None:
-            self._process.stop()
-            self._process = None
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
